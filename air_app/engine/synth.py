@@ -109,6 +109,8 @@ def synthesize(ctx: Context, class_indices: list[int] | None = None) -> int:
                       "decisions); run `synthesize --regenerate` to replace them")
     if not ctx.ws.synthetic():
         ctx.ws.set_meta("synthesis_lora", lora_fp)
+    for stale in ctx.ws.path("synthetic").glob("*/.*.tmp"):  # half-written files of a killed run
+        stale.unlink(missing_ok=True)
     todo: list[tuple[int, int]] = []
     for c in targets:
         have = {r.idx for r in ctx.ws.synthetic(c) if ctx.ws.path(r.path).is_file()}

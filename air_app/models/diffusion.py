@@ -129,7 +129,7 @@ def finetune_lora(pipe, images: Sequence, captions: Sequence[str], settings: Lor
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-    from safetensors.torch import load_file, save
+    from safetensors.torch import load_file
 
     if not images:
         raise UserError("LoRA fine-tuning needs at least one usable image")
@@ -140,7 +140,9 @@ def finetune_lora(pipe, images: Sequence, captions: Sequence[str], settings: Lor
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     ckpt_dir = out_dir / "checkpoint"
     config = _lora_config(settings)
-    unet.add_adapter(config, adapter_name="air_train")
+    with torch.random.fork_rng(devices=[]):  # seeded LoRA init, without touching the global RNG
+        torch.manual_seed(settings.seed)
+        unet.add_adapter(config, adapter_name="air_train")
     try:
         if device.type == "cuda":
             from diffusers.training_utils import cast_training_params
@@ -149,6 +151,7 @@ def finetune_lora(pipe, images: Sequence, captions: Sequence[str], settings: Lor
         params = [p for p in unet.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=settings.lr)
         start = 0
+        order: list[int] = []  # the current epoch's remaining image order (part of the resumable state)
         rng = random.Random(settings.seed)
         gen = torch.Generator("cpu").manual_seed(settings.seed)
         state_file = ckpt_dir / "state.json"
@@ -160,6 +163,7 @@ def finetune_lora(pipe, images: Sequence, captions: Sequence[str], settings: Lor
                 optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", weights_only=True))
                 start = int(state["step"])
                 rng.setstate(_tuplify(state["py_rng"]))
+                order = [int(i) for i in state["order"]]
                 gen.set_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         # Encode every image once: VAE latents are fixed (frozen VAE; we sample from the posterior each step).
         with torch.no_grad():
@@ -175,10 +179,9 @@ def finetune_lora(pipe, images: Sequence, captions: Sequence[str], settings: Lor
             enc = torch.cat([text_encoder(ids[i:i + 32].to(device), return_dict=False)[0].float().cpu()
                              for i in range(0, len(ids), 32)])
         unet.train()
-        order: list[int] = []
         for step in range(start, settings.steps):
             if should_stop is not None and should_stop():
-                _save_checkpoint(unet, optimizer, ckpt_dir, step, settings, len(images), rng, gen)
+                _save_checkpoint(unet, optimizer, ckpt_dir, step, settings, len(images), rng, gen, order)
                 raise InterruptedError("LoRA fine-tuning cancelled")
             batch = []
             for _ in range(min(settings.batch_size, len(images))):
@@ -204,7 +207,7 @@ def finetune_lora(pipe, images: Sequence, captions: Sequence[str], settings: Lor
             if progress is not None:
                 progress(done, settings.steps, float(loss.item()))
             if done % settings.checkpoint_every == 0 and done < settings.steps:
-                _save_checkpoint(unet, optimizer, ckpt_dir, done, settings, len(images), rng, gen)
+                _save_checkpoint(unet, optimizer, ckpt_dir, done, settings, len(images), rng, gen, order)
         unet.eval()
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name="air_train"))
         tmp_dir = out_dir / ".saving"
@@ -235,7 +238,7 @@ def _settings_key(s: LoraSettings, n_images: int) -> dict:
 
 
 def _save_checkpoint(unet, optimizer, ckpt_dir: Path, step: int, settings: LoraSettings, n_images: int,
-                     rng: random.Random, gen: torch.Generator) -> None:
+                     rng: random.Random, gen: torch.Generator, order: list[int]) -> None:
     import io
 
     from peft.utils import get_peft_model_state_dict
@@ -250,7 +253,7 @@ def _save_checkpoint(unet, optimizer, ckpt_dir: Path, step: int, settings: LoraS
     # state.json last: a checkpoint counts only once all its parts are on disk
     atomic_write_text(ckpt_dir / "state.json", json.dumps({
         "step": step, "settings": _settings_key(settings, n_images), "py_rng": rng.getstate(),
-        "torch_rng": gen.get_state().tolist()}))
+        "torch_rng": gen.get_state().tolist(), "order": order}))
 
 
 def _remove_adapters(pipe) -> None:
