@@ -295,7 +295,12 @@ def nest_dotted(flat: dict[str, Any]) -> dict[str, Any]:
     for key, value in flat.items():
         node = out
         parts = key.split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"config key '{'.'.join(parts[:i + 1])}' is given a value and is also used as a "
+                                f"section in '{key}'; give one or the other")
+        if isinstance(node.get(parts[-1]), dict) and not isinstance(value, dict):
+            raise UserError(f"config key '{key}' is a section: give a mapping of its keys")
         node[parts[-1]] = value
     return out

@@ -45,9 +45,9 @@ def read_classes_file(path: str | Path) -> list[str]:
     except UnicodeDecodeError:
         raise UserError(f"classes file {p} is not UTF-8 text") from None
     lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if not line.startswith("#")]  # before trimming: a comment may end the file
     while lines and not lines[-1]:
         lines.pop()
-    lines = [line for line in lines if not line.startswith("#")]
     if not any(lines):
         raise UserError(f"classes file {p} is empty: write one class name per line")
     return validate_classes(lines, f"classes file {p}")

@@ -7,7 +7,6 @@ slider move; the CLI stage writes the report files from it.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +35,7 @@ class LabelingData:
     class_mask: np.ndarray | None  # bool [C]: classes that get pseudo-labels (TRZSL unseen), None = all
     paradigm: str
     _text_probs: np.ndarray | None = field(default=None, repr=False)
+    _aux_cache: tuple[bytes, tuple] | None = field(default=None, repr=False)
 
     @property
     def candidates(self) -> np.ndarray:
@@ -58,9 +58,13 @@ class LabelingData:
 
     def fuse(self, lam: float, rule: str = "topk", k: int = 16, kept: np.ndarray | None = None) -> "LabelingResult":
         kept = self.kept if kept is None else kept
-        protos, has = prototypes(self.syn_feats, self.syn_labels, kept, len(self.classes))
+        key = np.packbits(kept).tobytes() + len(kept).to_bytes(8, "little")
+        if self._aux_cache is None or self._aux_cache[0] != key:  # prototypes change only when samples do
+            protos, has = prototypes(self.syn_feats, self.syn_labels, kept, len(self.classes))
+            self._aux_cache = (key, (protos, has, aux_probs(self.image_feats, protos, has, self.scale,
+                                                            self.class_mask)))
+        protos, has, p_hat = self._aux_cache[1]
         p = self.text()
-        p_hat = aux_probs(self.image_feats, protos, has, self.scale, self.class_mask)
         p_star = fuse(p, p_hat, lam)
         sel = select_pseudolabels(p_star, self.candidates, "topk" if rule in ("grip", "fixed") else rule, k)
         return LabelingResult(self, lam, rule, k, p, p_hat, p_star, sel.selected, sel.labels, protos, has)
@@ -143,7 +147,6 @@ def load_labeling_data(ctx: Context) -> LabelingData:
         if not images:
             raise UserError("none of the workspace's images could be decoded")
     ctx.hooks.say(f"features: {report.cached} real images cached, {report.computed} computed")
-    t0 = time.perf_counter()
     text = clip.text_classifier(classes, ctx.templates).numpy()
     syn_records, syn_feats, syn_labels, syn_report = synthetic_features(ctx)
     if syn_report.computed:
@@ -154,7 +157,6 @@ def load_labeling_data(ctx: Context) -> LabelingData:
     if paradigm == "trzsl":
         mask = np.ones(len(classes), dtype=bool)
         mask[seen] = False
-    del t0
     return LabelingData(
         classes=classes, images=images, image_feats=feats.astype(np.float64),
         gt=np.array([-1 if r.gt is None else r.gt for r in images], dtype=np.int64),
