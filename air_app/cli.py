@@ -58,11 +58,13 @@ STAGE_HELP = {
     "synthesize": "generate M synthetic images per class (resumable)",
     "select": "score synthetic samples and keep the K most representative per class",
     "pseudolabel": "fuse text and auxiliary classifiers and select pseudo-labels; writes the report",
+    "train": "learn textual (CoOp) or visual (VPT) prompts on the pseudo-labels and synthetic images",
     "evaluate": "print metrics and per-class accuracy; refresh confusion matrices",
     "explain": "Grad-CAM overlays (text, auxiliary, fused) for one image",
     "run": "all stages in order",
     "bench": "benchmarks: pseudolabel | train",
     "download": "download a benchmark with torchvision into --data-root (needs network)",
+    "report": "markdown table of runs (dataset x paradigm x prompt) beside the published numbers",
 }
 
 
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", help="YAML config file (sections models, data, finetune, synthesis, ...)")
     common.add_argument("--no-finetune", action="store_true", help="skip LoRA fine-tuning (use the base model)")
     common.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    common.add_argument("--fresh", action="store_true", help="train: discard an unfinished run's checkpoint")
     for flag, key, tp, help_text in OVERRIDES:
         common.add_argument(flag, dest=key, type=str, default=None, metavar=tp.__name__.upper(), help=help_text)
     parser = _Parser(prog="python -m air_app", description="AiR Studio engine: adapt CLIP to a new image domain "
@@ -99,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--arch", default="ViT-B-32")
         if name == "download":
             p.add_argument("name", help="benchmark preset")
+        if name == "report":
+            p.add_argument("runs", nargs="*", help="runs.jsonl files or workspaces (default: --workspace)")
+            p.add_argument("--out", help="write the markdown here too")
     return parser
 
 
@@ -106,6 +112,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out = {key: getattr(args, key) for _, key, _, _ in OVERRIDES if getattr(args, key, None) is not None}
     if args.no_finetune:
         out["finetune.enabled"] = False
+    if args.fresh:
+        out["train.resume"] = False
     return out
 
 
@@ -160,7 +168,6 @@ def _require_workspace(args) -> str:
 
 def _cmd(args: argparse.Namespace) -> int:
     from .engine import pipeline
-    from .engine.context import make_context
 
     hooks = _hooks(args.quiet)
     overrides = _overrides(args)
@@ -175,6 +182,19 @@ def _cmd(args: argparse.Namespace) -> int:
         from . import bench
 
         return bench.main(args.what, args)
+    if cmd == "report":
+        from .runs_report import render_report
+
+        sources = args.runs or ([args.workspace] if args.workspace else [])
+        if not sources:
+            raise UserError("pass runs.jsonl files or workspaces, or --workspace DIR")
+        text = render_report(sources)
+        print(text)
+        if args.out:
+            from .workspace import atomic_write_text
+
+            atomic_write_text(args.out, text)
+        return 0
     if cmd in ("init", "run"):
         from .config import load_config
 
@@ -213,6 +233,9 @@ def _cmd(args: argparse.Namespace) -> int:
     elif cmd == "pseudolabel":
         pipeline.timed(ctx, "pseudolabel", pipeline.pseudolabel)
         _print_report(ctx)
+    elif cmd == "train":
+        pipeline.timed(ctx, "train", pipeline.train)
+        _print_report(ctx)
     elif cmd == "evaluate":
         from .engine.report import print_evaluation
 
@@ -221,7 +244,6 @@ def _cmd(args: argparse.Namespace) -> int:
         from .engine.report import explain_to_files
 
         explain_to_files(ctx, args.image, args.target_class, args.out)
-    del make_context
     return 0
 
 

@@ -105,7 +105,8 @@ class TrainConfig:
     batch_size: int = 16
     warmup_epochs: int = 5
     beta: float = 1.0  # β, weight of the synthetic loss L_s
-    labeled_weight: float | None = None  # w for the labeled term; default |D_PL| / |D_L| (SSL) or the TRZSL ratio
+    paradigm_weight: float | None = None  # w: SSL w·CE_labeled + CE_pseudo (default |D_PL|/|D_L|); TRZSL CE_seen + w·CE_pseudo (default |D_L|/|D_PL|)
+    resume: bool = True  # continue from a matching checkpoint; an incompatible one is an error unless false
 
 
 @dataclass
@@ -173,8 +174,8 @@ class AirConfig:
                 raise UserError(f"{key} must be > 0, got {value}")
         if t.warmup_epochs < 0 or t.weight_decay < 0 or not 0 <= t.momentum < 1:
             raise UserError("train.warmup_epochs and train.weight_decay must be >= 0 and train.momentum in [0, 1)")
-        if t.labeled_weight is not None and t.labeled_weight < 0:
-            raise UserError(f"train.labeled_weight must be >= 0, got {t.labeled_weight}")
+        if t.paradigm_weight is not None and t.paradigm_weight < 0:
+            raise UserError(f"train.paradigm_weight must be >= 0, got {t.paradigm_weight}")
         if s.guidance < 0:
             raise UserError(f"synthesis.guidance must be >= 0, got {s.guidance}")
         if not 0 <= d.test_fraction < 1:

@@ -6,7 +6,6 @@ huge) are converted to 8-bit RGB when loaded. Only when nothing usable remains i
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,12 +101,14 @@ def load_rgb(path: str | Path) -> Image.Image:
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
+        finite = np.isfinite(arr)  # float images may mark no-data pixels with NaN / inf
+        lo, hi = (float(arr[finite].min()), float(arr[finite].max())) if finite.any() else (0.0, 0.0)
+        arr = np.where(finite, arr, lo)
         if hi > lo:
             arr = (arr - lo) / (hi - lo) * 255.0
         else:  # a uniform image keeps its brightness (a white 16-bit image must not come back black)
             level = lo / 65535.0 * 255.0 if mode.startswith("I;16") else lo
-            arr = np.full_like(arr, np.clip(level, 0.0, 255.0) if math.isfinite(level) else 0.0)
+            arr = np.full_like(arr, np.clip(level, 0.0, 255.0))
         img = Image.fromarray(np.rint(arr).astype(np.uint8), "L")
     elif mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")

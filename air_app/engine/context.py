@@ -27,6 +27,7 @@ class Hooks:
     say: Callable[[str], None] = field(default=lambda msg: log.info(msg))
     progress: Callable[[str, int, int], None] | None = None  # (what, done, total)
     should_stop: Callable[[], bool] | None = None
+    on_epoch: Callable[[dict], None] | None = None  # prompt training: one record per epoch (loss, accuracy)
 
     def tick(self, what: str, done: int, total: int) -> None:
         if self.progress is not None:

@@ -40,10 +40,12 @@ def harmonic_mean(a: float | None, b: float | None) -> float | None:
 
 def confusion(gt: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
     """C×C counts over rows with ground truth; every class has a row and a column, even if never predicted."""
-    from sklearn.metrics import confusion_matrix
-
-    known = gt >= 0
-    return confusion_matrix(gt[known], pred[known], labels=np.arange(n_classes))
+    gt = np.asarray(gt, dtype=np.int64)
+    pred = np.asarray(pred, dtype=np.int64)
+    # rows without ground truth are ignored (sklearn's confusion_matrix raises when none are left)
+    known = (gt >= 0) & (gt < n_classes) & (pred >= 0) & (pred < n_classes)
+    flat = gt[known] * n_classes + pred[known]
+    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
 def confusion_png(gt: np.ndarray, pred: np.ndarray, classes: Sequence[str], title: str) -> bytes:

@@ -6,7 +6,6 @@ import time
 from typing import Any, Callable
 
 from ..config import AirConfig, config_from_dict, load_config, nest_dotted
-from ..errors import UserError
 from ..workspace import Workspace
 from . import evaluate as ev
 from .context import Context, Hooks, make_context
@@ -76,6 +75,11 @@ def run_all(cfg: AirConfig, hooks: Hooks | None = None) -> tuple[Context, Labeli
     return ctx, result
 
 
-def require_trained(ctx: Context) -> None:
-    if not ctx.ws.path("prompts").exists():
-        raise UserError("no trained prompts in this workspace: run `train` first")
+def train(ctx: Context) -> dict:
+    """The `train` stage on its own: pseudo-labels from the current workspace state, then prompt learning."""
+    from .labeling import load_labeling_data
+    from .train import train_and_evaluate
+
+    p = ctx.cfg.pseudolabel
+    result = load_labeling_data(ctx).fuse(p.lam, p.rule, p.k_per_class)
+    return train_and_evaluate(ctx, result)
