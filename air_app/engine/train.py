@@ -286,8 +286,8 @@ def refresh_pseudolabels(ctx: Context, data: LabelingData, source: ImageSource, 
     n_classes = len(data.classes)
     candidates = data.candidates
     pseudo_classes = int(data.class_mask.sum()) if data.class_mask is not None else n_classes
-    if rule == "grip":
-        k = grip_budget(rnd + 1, int(candidates.sum()), pseudo_classes, p_cfg.grip_step)
+    if rule == "grip":  # at least one per class, so a small pool still has pseudo-labels in round 1
+        k = max(1, grip_budget(rnd + 1, int(candidates.sum()), pseudo_classes, p_cfg.grip_step))
     else:
         k = p_cfg.k_per_class
     if model is None:
