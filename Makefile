@@ -7,7 +7,7 @@ export GRADIO_ANALYTICS_ENABLED = False
 export MPLBACKEND = Agg
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: setup test demo run bench clean
+.PHONY: setup test demo run demo-workspace bench clean
 
 $(VENV)/.installed: requirements.txt requirements-test.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,6 +22,12 @@ test: setup
 
 demo: setup
 	$(PY) -m air_app run --config configs/demo.yaml --workspace demo_workspace
+
+demo-workspace: setup
+	$(PY) -m air_app run --config configs/demo.yaml --workspace demo_workspace --prompt none -q
+
+run: demo-workspace
+	$(PY) app.py --workspace demo_workspace --port $(PORT)
 
 bench: setup
 	$(PY) -m air_app bench pseudolabel

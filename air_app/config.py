@@ -246,28 +246,32 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     raise UserError(f"{key}: unsupported value {value!r}")
 
 
-def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+def _apply(obj: Any, data: dict[str, Any], prefix: str = "", strict: bool = True) -> None:
     hints = get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in names:
+            if not strict:
+                continue
             raise UserError(f"unknown config key '{full}'; known keys here: {', '.join(sorted(names))}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise UserError(f"config key '{full}' is a section: give a mapping of its keys")
-            _apply(current, value, full + ".")
+            _apply(current, value, full + ".", strict)
         else:
             setattr(obj, key, _coerce(full, hints[key], value))
 
 
-def config_from_dict(data: dict[str, Any] | None, base: AirConfig | None = None) -> AirConfig:
+def config_from_dict(data: dict[str, Any] | None, base: AirConfig | None = None, strict: bool = True) -> AirConfig:
+    """Apply a nested mapping onto `base`. `strict=False` skips keys this version does not know (used for configs
+    stored in a workspace by an older version); user-given configs are always strict."""
     cfg = base if base is not None else AirConfig()
     if data:
         if not isinstance(data, dict):
             raise UserError("a config must be a mapping of sections (models, data, synthesis, ...)")
-        _apply(cfg, data)
+        _apply(cfg, data, strict=strict)
     return cfg
 
 

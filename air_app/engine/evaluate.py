@@ -66,7 +66,7 @@ def confusion_png(gt: np.ndarray, pred: np.ndarray, classes: Sequence[str], titl
               cmap="Blues", im_kw={"vmin": 0.0, "vmax": 1.0})
     known = gt >= 0
     acc = float((pred[known] == gt[known]).mean()) if known.any() else float("nan")
-    ax.set_title(f"{title} — accuracy {acc:.1%} (n={int(known.sum())})")
+    ax.set_title(f"{title}\naccuracy {acc:.1%} (n={int(known.sum())})", fontsize=10)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     return buf.getvalue()

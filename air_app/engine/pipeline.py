@@ -20,7 +20,7 @@ def workspace_config(ws: Workspace, config_path: str | None = None, overrides: d
     base = AirConfig()
     stored = ws.meta("config")
     if stored:
-        config_from_dict(stored, base)
+        config_from_dict(stored, base, strict=False)
     file_cfg = load_config(config_path) if config_path else None
     if file_cfg is not None:
         config_from_dict(file_cfg.to_dict(), base)

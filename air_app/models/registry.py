@@ -48,10 +48,25 @@ def pick_device(name: str = "auto") -> torch.device:
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
 
 
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """A quick check that the model hub answers; never blocks longer than `timeout` (no retry loops)."""
+_HUB_CHECK: dict[str, tuple[float, bool]] = {}
+
+
+def hub_reachable(timeout: float = 2.0, max_age: float = 300.0) -> bool:
+    """A quick check that the model hub answers; never blocks longer than `timeout` (no retry loops). The answer is
+    remembered for `max_age` seconds."""
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         return False
+    import time
+
+    cached = _HUB_CHECK.get("hub")
+    if cached is not None and time.time() - cached[0] < max_age:
+        return cached[1]
+    ok = _probe_hub(timeout)
+    _HUB_CHECK["hub"] = (time.time(), ok)
+    return ok
+
+
+def _probe_hub(timeout: float) -> bool:
     host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
     result: list[bool] = []
 

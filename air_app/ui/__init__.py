@@ -1,0 +1,1 @@
+"""The Gradio web app: one module per tab; handlers call air_app.engine and hold no ML logic."""
