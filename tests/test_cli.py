@@ -317,3 +317,22 @@ def test_subprocess_exit_code_and_no_traceback(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error: ")
     assert not (tmp_path / "ws").exists()
+
+
+def test_pseudo_captions_finetune(demo_images, classes4, tmp_path, capsys):
+    """finetune with `--captions pseudo`: the template filled with each image's zero-shot pseudo-label."""
+    from air_app.engine.pipeline import open_context
+    from air_app.engine.synth import lora_captions
+
+    ws = tmp_path / "ws"
+    rc, out, err = run_cli(["init", "--images", demo_images, "--classes", classes4, "--workspace", ws,
+                            "--models", "tiny", "-q"], capsys)
+    assert rc == 0, err
+    ctx = open_context(str(ws), overrides={"finetune.captions": "pseudo"})
+    images = ctx.ws.images(split="train")
+    captions = lora_captions(ctx, images)
+    allowed = {f"a photo of a {c}." for c in ctx.classes}
+    assert len(captions) == len(images) and set(captions) <= allowed
+    rc, out, err = run_cli(["finetune", "--workspace", ws, "--captions", "pseudo", "--lora-steps", "2", "-q"], capsys)
+    assert rc == 0, err
+    assert (ws / "lora" / "pytorch_lora_weights.safetensors").is_file()
