@@ -234,9 +234,9 @@ class Workspace:
         try:
             for sub in ("synthetic", "cache", "lora", "prompts", "report"):
                 (root / sub).mkdir(parents=True, exist_ok=True)
-            probe = root / f".write-test-{os.getpid()}"
+            probe = root / f".write-test-{os.getpid()}-{threading.get_ident()}"
             probe.write_bytes(b"")
-            probe.unlink()
+            probe.unlink(missing_ok=True)
         except OSError as exc:
             raise UserError(f"cannot write to workspace {root}: {exc.strerror or exc}; choose a writable folder") from None
         return cls(root)

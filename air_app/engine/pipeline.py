@@ -77,9 +77,11 @@ def run_all(cfg: AirConfig, hooks: Hooks | None = None) -> tuple[Context, Labeli
 
 def train(ctx: Context) -> dict:
     """The `train` stage on its own: pseudo-labels from the current workspace state, then prompt learning."""
-    from .labeling import load_labeling_data
+    from .labeling import load_labeling_data, write_reports
     from .train import train_and_evaluate
 
     p = ctx.cfg.pseudolabel
     result = load_labeling_data(ctx).fuse(p.lam, p.rule, p.k_per_class)
+    # λ, K or the kept samples may have changed since the last report: describe the pseudo-labels trained on
+    write_reports(ctx, result)
     return train_and_evaluate(ctx, result)

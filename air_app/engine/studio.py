@@ -274,11 +274,15 @@ _STUDIOS_LOCK = threading.Lock()
 def get_studio(root: str | Path) -> Studio:
     """The shared Studio of an existing workspace."""
     key = str(Path(root).expanduser().resolve())
-    Workspace.open(key).close()  # clear error when it is not a workspace
     with _STUDIOS_LOCK:
-        if key not in _STUDIOS:
-            _STUDIOS[key] = Studio(key)
-        return _STUDIOS[key]
+        studio = _STUDIOS.get(key)
+        # Full check (clear error when it is not a workspace) only the first time: Workspace.open writes a probe
+        # file named after the process id, so concurrent opens of one workspace from UI threads raced on it
+        # ("cannot write to workspace ...: No such file or directory"); later calls just check it still exists.
+        if studio is None or not (Path(key) / "workspace.db").is_file():
+            Workspace.open(key).close()
+            studio = _STUDIOS.setdefault(key, Studio(key))
+        return studio
 
 
 def setup_workspace(root: str | Path, *, classes: list[str], templates: list[str] | None, images: str,
@@ -299,7 +303,11 @@ def setup_workspace(root: str | Path, *, classes: list[str], templates: list[str
         overrides["data.domain_caption"] = domain_caption
     existing = Path(root) / "workspace.db"
     if existing.is_file():  # keep the stage settings already chosen for this workspace
-        stored = Workspace.open(root).meta("config") or {}
+        opened = Workspace.open(root)
+        try:
+            stored = opened.meta("config") or {}
+        finally:
+            opened.close()
         for section in ("finetune", "synthesis", "pseudolabel", "train"):
             for key, value in (stored.get(section) or {}).items():
                 overrides.setdefault(f"{section}.{key}", value)

@@ -31,14 +31,15 @@ class AppOptions:
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn UserError into a visible gr.Error (a message in the page); works for plain and generator handlers."""
+    """Turn UserError into a visible gr.Error (a message in the page); works for plain and generator handlers.
+    User mistakes are expected, so they leave no traceback in the server log (bugs still do)."""
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
             except UserError as exc:
-                raise gr.Error(str(exc), duration=None) from None
+                raise gr.Error(str(exc), duration=None, print_exception=False) from None
 
         return gen_wrapper
 
@@ -47,7 +48,7 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            raise gr.Error(str(exc), duration=None) from None
+            raise gr.Error(str(exc), duration=None, print_exception=False) from None
 
     return wrapper
 

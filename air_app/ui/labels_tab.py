@@ -113,10 +113,10 @@ def build(ws_state: gr.State):
                                  elem_id="inspect-class", allow_custom_value=False)
             inspect_btn = gr.Button("Inspect", elem_id="inspect-btn")
         with gr.Row():
-            original = gr.Image(label="Input", type="pil", elem_id="cam-input")
-            cam_text = gr.Image(label="Grad-CAM: text", type="pil", elem_id="cam-text")
-            cam_aux = gr.Image(label="Grad-CAM: auxiliary", type="pil", elem_id="cam-aux")
-            cam_fused = gr.Image(label="Grad-CAM: fused", type="pil", elem_id="cam-fused")
+            original = gr.Image(label="Input", type="pil", elem_id="cam-input", height=240)
+            cam_text = gr.Image(label="Grad-CAM: text", type="pil", elem_id="cam-text", height=240)
+            cam_aux = gr.Image(label="Grad-CAM: auxiliary", type="pil", elem_id="cam-aux", height=240)
+            cam_fused = gr.Image(label="Grad-CAM: fused", type="pil", elem_id="cam-fused", height=240)
         top5 = gr.Markdown(elem_id="inspect-top5")
 
     inputs = [ws_state, lam, k, rule]

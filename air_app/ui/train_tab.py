@@ -11,10 +11,15 @@ from .jobs import SLOT
 from .synth_tab import follow
 
 PLOT_COLUMNS = ["step", "value", "metric"]
+PLOT_METRICS = ("loss", "train accuracy", "test accuracy")
 
 
 def history_frame(records: list[dict], epochs_per_round: int) -> pd.DataFrame:
-    """Long-format table for the live plot: one row per (epoch, metric)."""
+    """Long-format table for the live plot: one row per (epoch, metric).
+
+    The browser builds the chart once, from the first frame it draws, and afterwards only swaps the data, so that
+    frame must already have numeric axes and every metric's name (for the colour scale): before the first epoch it
+    holds one empty (NaN, not drawn) row per metric."""
     rows = []
     for r in records:
         step = r["round"] * epochs_per_round + r["epoch"]
@@ -22,7 +27,9 @@ def history_frame(records: list[dict], epochs_per_round: int) -> pd.DataFrame:
         rows.append((step, r["train_acc"], "train accuracy"))
         if "test_acc" in r:
             rows.append((step, r["test_acc"], "test accuracy"))
-    return pd.DataFrame(rows, columns=PLOT_COLUMNS)
+    if not rows:
+        rows = [(0, float("nan"), metric) for metric in PLOT_METRICS]
+    return pd.DataFrame(rows, columns=PLOT_COLUMNS).astype({"step": "int64", "value": "float64", "metric": "str"})
 
 
 def final_markdown(final: dict | None) -> str:
@@ -75,7 +82,7 @@ def build(ws_state: gr.State):
             start = gr.Button("Start training", variant="primary", elem_id="train-btn")
             cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-train-btn")
         status = gr.Markdown(elem_id="train-status")
-        plot = gr.LinePlot(pd.DataFrame(columns=PLOT_COLUMNS), x="step", y="value", color="metric",
+        plot = gr.LinePlot(history_frame([], 1), x="step", y="value", color="metric",
                            title="Loss and accuracy per epoch", elem_id="train-plot", height=300)
         final = gr.Markdown(elem_id="train-final")
     start.click(run_training, [ws_state, prompt, rule, epochs, lr, beta, rounds, fresh], [status, plot, final],
