@@ -27,8 +27,11 @@ def restore_session(options: AppOptions, remembered: str | None):
             status = get_studio(path).status()
         except UserError:
             continue
-        return str(path), banner_html(status), setup_tab.status_markdown(status), str(path)
-    return None, banner_html(None), "", options.default_workspace or "workspaces/my_task"
+        options.serve(str(path), status["config"])
+        return (str(path), banner_html(status), setup_tab.status_markdown(status), str(path),
+                "\n".join(status["classes"]), "\n".join(status["templates"]), status["paradigm"])
+    return (None, banner_html(None), "", options.default_workspace or "workspaces/my_task", gr.update(), gr.update(),
+            gr.update())
 
 
 def load_settings(ws: str | None):
@@ -61,7 +64,8 @@ def build_app(options: AppOptions) -> gr.Blocks:
         settings_outputs = [*synth["settings"], labels["lam"], labels["k"], labels["rule"], labels["target"],
                             train["epochs"]]
         demo.load(lambda remembered: restore_session(options, remembered), browser_ws,
-                  [ws_state, banner, setup["status"], setup["ws_path"]]) \
+                  [ws_state, banner, setup["status"], setup["ws_path"], setup["classes"], setup["templates"],
+                   setup["paradigm"]]) \
             .then(load_settings, ws_state, settings_outputs) \
             .then(synth["refresh"], synth["inputs"], synth["outputs"]) \
             .then(results["refresh"], ws_state, results["outputs"])
@@ -96,7 +100,7 @@ def launch(argv=None, block: bool = True):
         auth = tuple(args.auth.split(":", 1))
     demo = build_app(options)
     demo.queue(default_concurrency_limit=1)
-    allowed = [str(r) for r in options.allowed_roots]
+    options.served.extend(str(r.resolve()) for r in options.extra_roots)
     return demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-                       allowed_paths=allowed, css=CSS, prevent_thread_lock=not block, quiet=not block,
+                       allowed_paths=options.served, css=CSS, prevent_thread_lock=not block, quiet=not block,
                        footer_links=["gradio"], enable_monitoring=False, show_error=True)

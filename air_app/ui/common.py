@@ -25,9 +25,22 @@ class AppOptions:
     default_workspace: str | None = None
     extra_roots: list[Path] = field(default_factory=list)
 
+    # What Gradio may serve: the assets, plus each workspace opened in this process and its image folders. The
+    # same list object is given to launch(allowed_paths=...), so folders added here are served from then on.
+    served: list[str] = field(default_factory=list)
+
     @property
     def allowed_roots(self) -> list[Path]:
         return [self.root.resolve(), *[r.resolve() for r in self.extra_roots]]
+
+    def serve(self, workspace: str, config: dict | None = None) -> None:
+        """Allow serving a workspace's files and the image folders it indexes (nothing else of the root)."""
+        data = (config or {}).get("data") or {}
+        for folder in (workspace, data.get("images"), data.get("test_images")):
+            if folder:
+                path = str(Path(folder).expanduser().resolve())
+                if path not in self.served:
+                    self.served.append(path)
 
 
 def user_errors(fn: Callable) -> Callable:

@@ -12,6 +12,7 @@ from ..engine.studio import get_studio
 from ..errors import UserError
 from .common import pct, require_workspace, user_errors
 
+DISPLAY_SIZE = 224
 TABLE_HEADERS = ["class", "selected", "text votes", "aux votes", "text≠aux", "text acc", "aux acc", "fused acc"]
 
 
@@ -79,8 +80,11 @@ def inspect(ws: str | None, row: float | None, lam: float, k: float, target: str
           + "\n\n".join(_top5(t, exp.top5[n], classes[exp.classes[n]])
                         for t, n in (("Text classifier", "text"), ("Auxiliary classifier", "aux"),
                                      ("Fused", "fused"))))
-    to_img = lambda a: Image.fromarray(a)  # noqa: E731
-    return (Image.fromarray((exp.image * 255).astype("uint8")), to_img(exp.overlays["text"]),
+    def to_img(arr) -> Image.Image:  # small model inputs (64 px) are enlarged for display only
+        img = Image.fromarray(arr)
+        return img if img.width >= DISPLAY_SIZE else img.resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.NEAREST)
+
+    return (to_img((exp.image * 255).astype("uint8")), to_img(exp.overlays["text"]),
             to_img(exp.overlays["aux"]), to_img(exp.overlays["fused"]), md)
 
 

@@ -71,6 +71,7 @@ def create_workspace(options: AppOptions, ws_path: str, classes_text: str, templ
                              labeled_per_class=int(n_labeled), seen_fraction=float(seen_fraction),
                              test_fraction=float(test_fraction), models=models, preset=preset or None)
     status = studio.status()
+    options.serve(str(ws), status["config"])
     return str(ws), status_markdown(status), banner_html(status)
 
 
@@ -79,6 +80,7 @@ def open_workspace(options: AppOptions, ws_path: str):
     """Open an existing workspace; returns (workspace, status, banner, classes, templates, paradigm)."""
     ws = resolve_under(options, ws_path, "workspace folder")
     status = get_studio(ws).status()
+    options.serve(str(ws), status["config"])
     return (str(ws), status_markdown(status), banner_html(status), "\n".join(status["classes"]),
             "\n".join(status["templates"]), status["paradigm"])
 

@@ -78,22 +78,23 @@ def _start(ws: str, name: str, fn, overrides: dict) -> Job:
     return SLOT.start(name, studio.root, fn)
 
 
+def _run_stage(ws, stage: str, settings: tuple, progress):
+    ws = require_workspace(ws)
+    overrides = _settings(*settings)
+    studio = get_studio(ws)
+    method = studio.finetune if stage == "LoRA fine-tuning" else studio.synthesize
+    job = _start(ws, stage, lambda hooks: method(hooks, overrides), overrides)
+    yield from follow(job, progress)
+
+
 @user_errors
 def run_finetune(ws, lora_steps, per_class, keep, gen_steps, progress=gr.Progress()):
-    ws = require_workspace(ws)
-    overrides = _settings(lora_steps, per_class, keep, gen_steps)
-    studio = get_studio(ws)
-    job = _start(ws, "LoRA fine-tuning", lambda hooks: studio.finetune(hooks, overrides), overrides)
-    yield from follow(job, progress)
+    yield from _run_stage(ws, "LoRA fine-tuning", (lora_steps, per_class, keep, gen_steps), progress)
 
 
 @user_errors
 def run_generate(ws, lora_steps, per_class, keep, gen_steps, progress=gr.Progress()):
-    ws = require_workspace(ws)
-    overrides = _settings(lora_steps, per_class, keep, gen_steps)
-    studio = get_studio(ws)
-    job = _start(ws, "generation", lambda hooks: studio.synthesize(hooks, overrides), overrides)
-    yield from follow(job, progress)
+    yield from _run_stage(ws, "generation", (lora_steps, per_class, keep, gen_steps), progress)
 
 
 @user_errors

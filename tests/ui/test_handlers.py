@@ -276,8 +276,12 @@ def test_job_slot_reports_failures_and_cancellation():
 def test_app_builds_and_restores_the_session(options, ws):
     demo = build_app(AppOptions(root=options.root, default_workspace=ws))
     assert isinstance(demo, gr.Blocks)
-    path, banner, status, field = restore_session(AppOptions(root=options.root, default_workspace=ws), None)
+    opts = AppOptions(root=options.root, default_workspace=ws)
+    path, banner, status, field, classes, templates, paradigm = restore_session(opts, None)
     assert path == ws and "OFFLINE TINY" in banner and "4 classes" in status
+    assert classes.splitlines()[0] == "red circle" and paradigm == "ul" and "{}" in templates
+    assert ws in opts.served and any(p.endswith("images") for p in opts.served), "workspace and its images served"
+    assert str(options.root) not in opts.served, "the rest of the root is not served"
     nothing = restore_session(AppOptions(root=options.root), "/etc")
     assert nothing[0] is None
     settings = load_settings(ws)
