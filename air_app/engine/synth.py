@@ -3,7 +3,6 @@ of representative samples. Each function is a stage: it takes a Context and can 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +19,6 @@ LORA_FILE = sd.LORA_WEIGHTS
 
 def lora_path(ctx: Context) -> Path:
     return ctx.ws.path("lora", LORA_FILE)
-
-
-def _finetune_images(ctx: Context):
-    return [r for r in ctx.ws.images(split="train")]
 
 
 def lora_captions(ctx: Context, images) -> list[str]:
@@ -47,7 +42,7 @@ def finetune(ctx: Context) -> Path | None:
     if not f.enabled:
         ctx.hooks.say("finetune: disabled (finetune.enabled: false); synthesis uses the base model")
         return None
-    images = _finetune_images(ctx)
+    images = ctx.ws.images(split="train")
     if not images:
         raise UserError("no usable training images to fine-tune on")
     pipe = ctx.pipeline()
@@ -172,6 +167,3 @@ def select(ctx: Context) -> dict:
                   f"features {report.cached} cached, {report.computed} computed")
     return {"kept": kept, "total": len(records), "k": k, "manual": manual}
 
-
-def default_keep(per_class: int) -> int:
-    return math.ceil(0.5 * per_class)

@@ -38,10 +38,10 @@ def load_settings(ws: str | None):
     """The workspace's stored settings for the Synthesize, Pseudo-labels and Train tabs."""
     if not ws:
         return [gr.update()] * 9
-    cfg = get_studio(ws).status()["config"]
+    status = get_studio(ws).status()
+    cfg, classes = status["config"], status["classes"]
     s, f, p, t = cfg["synthesis"], cfg["finetune"], cfg["pseudolabel"], cfg["train"]
     keep = s["keep"] if s["keep"] is not None else -(-s["per_class"] // 2)
-    classes = get_studio(ws).status()["classes"]
     return (f["steps"], s["per_class"], keep, s["steps"], p["lam"], p["k_per_class"],
             p["rule"] if p["rule"] in ("topk", "all") else "topk", gr.update(choices=[""] + classes, value=""),
             t["epochs"] if t["epochs"] <= 50 else 5)

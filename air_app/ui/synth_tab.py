@@ -111,10 +111,11 @@ def run_regenerate(ws, class_name, prompt, lora_steps, per_class, keep, gen_step
 
 
 @user_errors
-def cancel_job(ws):
+def cancel_job(ws, when: str = "the job stops at the next step; start it again to resume"):
+    """Ask the workspace's running job to stop (it checks between steps); says what happens next."""
     ws = require_workspace(ws)
     if SLOT.cancel(get_studio(ws).root):
-        return "Cancelling… the job stops at the next step; start it again to resume."
+        return f"Cancelling… {when}."
     return "Nothing is running for this workspace."
 
 

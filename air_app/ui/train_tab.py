@@ -8,7 +8,7 @@ import pandas as pd
 from ..engine.studio import get_studio
 from .common import pct, require_workspace, user_errors
 from .jobs import SLOT
-from .synth_tab import follow
+from .synth_tab import cancel_job, follow
 
 PLOT_COLUMNS = ["step", "value", "metric"]
 PLOT_METRICS = ("loss", "train accuracy", "test accuracy")
@@ -57,12 +57,8 @@ def run_training(ws, prompt, rule, epochs, lr, beta, rounds, fresh, progress=gr.
             job.result if isinstance(job.result, dict) else None)
 
 
-@user_errors
 def cancel_training(ws):
-    ws = require_workspace(ws)
-    if SLOT.cancel(get_studio(ws).root):
-        return "Cancelling… training stops after the current epoch; start again to resume from the checkpoint."
-    return "Nothing is running for this workspace."
+    return cancel_job(ws, "training stops after the current epoch; start again to resume from the checkpoint")
 
 
 def build(ws_state: gr.State):
